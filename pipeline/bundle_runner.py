@@ -78,7 +78,7 @@ def run_config(
     """Run bundle config files merged in order, with overrides, and return the workflow.
 
     Args:
-        bundle_dir: the bundle folder (holds ``configs/``).
+        bundle_dir: the bundle folder (contains ``configs/``).
         config_names: config file names in ``configs/``, merged in order.
         overrides: config ids and values, as ``--id value`` on the monai.bundle command line.
         workflow_type: ``"train"`` or ``"infer"`` for MONAI's property checks, or None.

@@ -24,6 +24,9 @@ from transforms.errors import DatasetError
 
 __all__ = [
     "bundle_root",
+    "evaluation_files",
+    "inference_files",
+    "load_checkpoint",
     "cached_dataset",
     "check_parameters",
     "check_run_folder",
@@ -86,12 +89,12 @@ def check_run_folder(output_dir: str | os.PathLike, checkpoint_dir: str | os.Pat
     """Check the output folder before training; return True when the run resumes.
 
     Raises:
-        DatasetError: the folder holds another run's checkpoints and ``resume`` is False.
+        DatasetError: the folder contains another run's checkpoints and ``resume`` is False.
     """
     latest = latest_checkpoint(checkpoint_dir)
     if latest is not None and not resume:
         raise DatasetError(
-            f"Output folder {output_dir} already holds a training run ({latest.name}). "
+            f"Output folder {output_dir} already contains a training run ({latest.name}). "
             "Resume it with '--resume true' (bundle) or '--resume' (CLI), or choose another output folder."
         )
     if resume and latest is None:
@@ -233,3 +236,67 @@ def record_run(output_dir: str | os.PathLike, parameters: dict[str, Any], train_
     atomic_write_text(folder / "datalist.json", json.dumps(split, indent=2, default=str) + "\n")
     logger.info("Training %d patients, validating %d; run record in %s", len(train_files), len(val_files), folder)
     return folder
+
+
+def evaluation_files(dataset_dir: str | os.PathLike, datalist_file: str | os.PathLike | None = None,
+                     fold: int = 0) -> list[dict[str, Any]]:
+    """Return the patients to evaluate: a datalist's validation fold, or every patient in the dataset.
+
+    Raises:
+        DatasetError: the dataset or datalist is invalid.
+    """
+    from pipeline.datalist import fold_files
+    from pipeline.discovery import discover_patients
+
+    if datalist_file:
+        return fold_files(dataset_dir, datalist_file, fold, "validation")
+    if not dataset_dir:
+        raise DatasetError("dataset_dir is not set. Give --dataset_dir, the kaggle_3m folder.")
+    patients = discover_patients(dataset_dir, require_masks=True)
+    return [{"patient": p.patient, "image": list(p.images), "label": list(p.masks)} for p in patients]
+
+
+def inference_files(dataset_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Return one entry per patient found under ``dataset_dir``; masks are not needed.
+
+    Raises:
+        DatasetError: the path does not exist or contains no patients.
+    """
+    from pipeline.discovery import discover_patients
+
+    if not dataset_dir:
+        raise DatasetError("dataset_dir is not set. Give --dataset_dir, a folder of patient folders or one patient.")
+    patients = discover_patients(dataset_dir, require_masks=False)
+    return [{"patient": p.patient, "image": list(p.images)} for p in patients]
+
+
+def load_checkpoint(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load network weights from a checkpoint with ``weights_only=True``.
+
+    Accepts a plain ``state_dict`` or a training checkpoint with a ``model`` entry.
+
+    Raises:
+        DatasetError: the file is missing, unreadable, or made for another network shape.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise DatasetError(
+            f"Checkpoint not found: {file}. Train a model first, or set ckpt_path (CLI: --checkpoint) to a model.pt file."
+        )
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise DatasetError(f"Cannot load checkpoint {file} ({type(error).__name__}: {error}).") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    target = network.module if hasattr(network, "module") else network
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1].strip()
+        raise DatasetError(
+            f"Checkpoint {file} does not fit the configured network ({first_line}). Use the config the "
+            "checkpoint was trained with (for example the same --mode, context_radius and channels)."
+        ) from None
+    logger.info("Loaded weights from %s", file)
+    return network

@@ -1,6 +1,6 @@
 """Find the patients of a Kaggle LGG dataset in a folder tree or in the Kaggle ``archive.zip``.
 
-The Kaggle download holds the tree twice (``kaggle_3m/`` and
+The Kaggle download contains the tree twice (``kaggle_3m/`` and
 ``lgg-mri-segmentation/kaggle_3m/``). Each patient counts once; the same patient id
 with different content is an error. macOS and Windows clutter is ignored.
 """
@@ -50,7 +50,7 @@ def _is_tiff(name: str) -> bool:
 
 
 def _folder_groups(root: Path) -> dict[str, list[list[str]]]:
-    """Map each folder name that holds TIFF files to the file lists of every folder of that name."""
+    """Map each folder name that contains TIFF files to the file lists of every folder of that name."""
     groups: dict[str, list[list[str]]] = defaultdict(list)
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(s for s in subfolders if s not in _IGNORED_FOLDERS and not s.startswith("."))
@@ -117,7 +117,7 @@ def discover(path: str | os.PathLike, on_error: str = "raise", require_masks: bo
             False for inference input without masks.
 
     Raises:
-        DatasetError: the path does not exist, holds no patients, a patient's files
+        DatasetError: the path does not exist, contains no patients, a patient's files
             are invalid (with ``on_error="raise"``), or a patient id appears twice
             with different content.
     """

@@ -186,7 +186,7 @@ class BestModelSaver:
     """Save the network's weights whenever the evaluator reaches a new best key metric.
 
     Attach it to the evaluator. MONAI's evaluator updates ``state.best_metric_epoch``
-    before this handler runs, so a new best is an epoch equal to it. The file holds
+    before this handler runs, so a new best is an epoch equal to it. The file contains
     a plain ``state_dict`` and is replaced atomically.
     """
 

@@ -200,3 +200,23 @@ def test_cli_rejects_missing_dataset(tmp_path: Path) -> None:
     result = run_cli("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"))
     assert result.returncode == 2
     assert "Dataset folder not found" in result.stderr
+
+
+def test_early_stopping_ends_run(small_synthetic_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    # A learning rate this small leaves the validation Dice unchanged, so patience 2 stops after 3 validations.
+    result = run_cli("train", "--data", str(small_synthetic_data), "--out", str(out), "--epochs", "10",
+                     "--set", "val_interval=1", "--set", "learning_rate=1e-12", "--set", "early_stop_patience=2",
+                     "--set", "tumour_ratio=0", *SMALL_2D)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Early stopping" in result.stderr
+    checkpoints = sorted(int(p.stem.split("=")[1]) for p in (out / "checkpoints").glob("checkpoint_epoch=*.pt"))
+    assert checkpoints[-1] == 3
+
+
+def test_disk_cache_writes_persistent_files(small_synthetic_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run_cli("train", "--data", str(small_synthetic_data), "--out", str(out), "--epochs", "1",
+                     "--set", "cache=disk", *SMALL_2D)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((out / "cache").glob("*.pt"))) == 5  # one cached item per patient, training and validation

@@ -62,7 +62,7 @@ def _resolve_slices(slices: Any, kind: str) -> PatientSlices:
         raise DatasetError(f"{os.fspath(slices)} is a single zip member; give the list of a patient's slice files.")
     if isinstance(slices, Sequence) and slices:
         where = os.path.dirname(os.fspath(slices[0])) or "."
-        return pair_slices(slices, where=where, require_masks=False)
+        return pair_slices(slices, where=where, require_masks=False, require_images=(kind == "image"))
     raise DatasetError(f"Expected a patient folder or a list of slice files, got {slices!r}.")
 
 
@@ -93,6 +93,16 @@ def _check_mask(array: np.ndarray, source: str) -> None:
             f"{source} has mask values {values}; only 0, 1 and 255 are allowed. "
             "Binarise the mask (0 = background, 255 = tumour)."
         )
+
+
+def _move_slices_last(stack: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Return a ``(slice, C, x, y)`` stack as a C-contiguous ``(C, x, y, slice)`` array of ``dtype``."""
+    count = stack.shape[0]
+    volume = np.empty((*stack.shape[1:], count), dtype=dtype)
+    # One 2D transpose, converting as it copies, reads and writes memory in runs that
+    # stay in cache.
+    volume.reshape(-1, count)[...] = stack.reshape(count, -1).T
+    return volume
 
 
 class LoadPatientSlices(Transform):
@@ -141,7 +151,9 @@ class LoadPatientSlices(Transform):
         if not sources:
             raise DatasetError(f"No mask slices (<patient>_<n>_mask.tif) found for patient {patient.patient}.")
 
-        volume: np.ndarray | None = None
+        # Slices go to a (slice, channel, x, y) uint8 buffer first, because writing each
+        # slice straight into the slice-last volume touches a new cache line per voxel.
+        stack: np.ndarray | None = None
         first_shape: tuple[int, ...] = ()
         for index, source in enumerate(sources):
             array = read_tiff(source)
@@ -149,19 +161,21 @@ class LoadPatientSlices(Transform):
                 _check_image(array, source)
             else:
                 _check_mask(array, source)
-            if volume is None:
+            if stack is None:
                 first_shape = array.shape
                 channels = 3 if self.kind == "image" else 1
-                volume = np.empty((channels, array.shape[1], array.shape[0], len(sources)), dtype=self.dtype)
+                stack = np.empty((len(sources), channels, array.shape[1], array.shape[0]), dtype=np.uint8)
             elif array.shape != first_shape:
                 raise DatasetError(
                     f"{source} has size {array.shape[:2]}, but {sources[0]} has {first_shape[:2]}; "
                     f"all slices of patient {patient.patient} must have the same size."
                 )
             if self.kind == "image":
-                volume[..., index] = array.transpose(2, 1, 0)
+                stack[index] = array.transpose(2, 1, 0)
             else:
-                volume[0, ..., index] = array.T != 0
+                stack[index, 0] = array.T != 0
+
+        volume = _move_slices_last(stack, self.dtype)
 
         meta: dict[str, Any] = {
             "filename_or_obj": os.path.dirname(sources[0]),
@@ -181,7 +195,7 @@ class LoadPatientSlices(Transform):
 class LoadPatientSlicesd(MapTransform):
     """Dictionary version of :class:`LoadPatientSlices`.
 
-    Each key holds a patient folder or a list of slice files. By default ``image``
+    Each key contains a patient folder or a list of slice files. By default ``image``
     is loaded as the 3-channel image and ``label`` as the 1-channel mask; the two
     volumes are checked to have the same spatial shape.
 
@@ -241,8 +255,8 @@ class SaveSliceMasks(Transform):
         threshold: voxels above it count as tumour; labels in {0, 1} pass unchanged.
 
     Raises:
-        DatasetError: a target file is one of the volume's own source files, so
-            saving would overwrite input data.
+        DatasetError: the target folder contains the volume's own source files
+            (``source_files`` in the metadata), so saving could overwrite input data.
     """
 
     def __init__(self, output_dir: str | os.PathLike, threshold: float = 0.5) -> None:
@@ -266,17 +280,22 @@ class SaveSliceMasks(Transform):
         numbers = list(meta.get("slice_numbers") or range(1, array.shape[-1] + 1))
         if len(numbers) != array.shape[-1]:
             raise ValueError(f"{len(numbers)} slice numbers for a volume of {array.shape[-1]} slices.")
-        sources = {os.path.realpath(s) for s in meta.get("source_files") or [] if not is_zip_source(s)}
+        # Compare folders, not files: a prediction that took its metadata from the
+        # image lists only the image files, and the masks beside them are input too.
+        source_folders = {
+            os.path.dirname(os.path.realpath(s)) for s in meta.get("source_files") or [] if not is_zip_source(s)
+        }
 
         folder = self.output_dir / patient
+        if os.path.realpath(folder) in source_folders:
+            raise DatasetError(
+                f"Output folder {folder} contains the input slices of {patient}, so writing masks there "
+                "would overwrite input files. Choose an output folder outside the dataset."
+            )
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         for index, number in enumerate(numbers):
             path = folder / f"{patient}_{number}_mask.tif"
-            if os.path.realpath(path) in sources:
-                raise DatasetError(
-                    f"Refusing to overwrite input file {path}. Choose an output folder outside the dataset."
-                )
             mask = np.where(array[..., index].T > self.threshold, 255, 0).astype(np.uint8)
             _atomic_write_tiff(path, mask)
             written.append(path)

@@ -17,7 +17,7 @@ class StackNeighborSlices(Transform):
     """Add the neighbouring slices of every slice as extra channels (2.5D input).
 
     A volume ``(C, x, y, D)`` becomes ``(C * (2 * radius + 1), x, y, D)``: channel
-    block ``k`` holds the slice at offset ``k - radius``, so block ``radius`` is the
+    block ``k`` contains the slice at offset ``k - radius``, so block ``radius`` is the
     slice itself. The first and last slices repeat at the volume's ends. After this
     transform, any 2D slice of the volume carries its own context, so a 2D network
     and ``SliceInferer`` work unchanged.

@@ -1,6 +1,6 @@
 """List and pair the image and mask slices of one patient in the Kaggle LGG layout.
 
-A patient folder holds ``<patient>_<n>.tif`` (RGB image) and ``<patient>_<n>_mask.tif``
+A patient folder contains ``<patient>_<n>.tif`` (RGB image) and ``<patient>_<n>_mask.tif``
 (mask) for ``n = 1 .. N`` without gaps. Slices are ordered by the number ``n``,
 never by string sort, so ``_10`` comes after ``_9``.
 """
@@ -45,10 +45,12 @@ class PatientSlices:
 
     @property
     def num_slices(self) -> int:
-        return len(self.images)
+        return len(self.images or self.masks)
 
 
-def pair_slices(sources: Iterable[str | os.PathLike], where: str, require_masks: bool = True) -> PatientSlices:
+def pair_slices(
+    sources: Iterable[str | os.PathLike], where: str, require_masks: bool = True, require_images: bool = True
+) -> PatientSlices:
     """Pair image and mask slice files of one patient and check their numbering.
 
     Args:
@@ -57,6 +59,7 @@ def pair_slices(sources: Iterable[str | os.PathLike], where: str, require_masks:
         where: the folder the files come from, used in error messages.
         require_masks: if True, every image needs its mask. If False, masks are
             optional, but when present they must match the images one to one.
+        require_images: if False, a list of mask files alone is accepted.
 
     Raises:
         DatasetError: a TIFF name does not parse, several patient ids are mixed,
@@ -103,12 +106,14 @@ def pair_slices(sources: Iterable[str | os.PathLike], where: str, require_masks:
                 "Add the mask, or remove the image."
             )
     for number in sorted(set(masks) - set(images)):
+        if not require_images and not images:
+            break
         raise DatasetError(
             f"Mask {masks[number]!r} has no image: expected {patient}_{number}.tif beside it. "
             "Add the image, or remove the mask."
         )
 
-    numbers = sorted(images)
+    numbers = sorted(images or masks)
     expected = list(range(1, len(numbers) + 1))
     if numbers != expected:
         missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
@@ -118,7 +123,7 @@ def pair_slices(sources: Iterable[str | os.PathLike], where: str, require_masks:
         )
     return PatientSlices(
         patient=patient,
-        images=[images[n] for n in numbers],
+        images=[images[n] for n in numbers] if images else [],
         masks=[masks[n] for n in numbers] if masks else [],
         numbers=numbers,
     )
@@ -134,7 +139,7 @@ def list_patient_folder(folder: str | os.PathLike, require_masks: bool = True) -
     if not path.exists():
         raise DatasetError(f"Patient folder not found: {path}. Check the path.")
     if not path.is_dir():
-        raise DatasetError(f"{path} is not a folder. Give the folder that holds one patient's slices.")
+        raise DatasetError(f"{path} is not a folder. Give the folder that contains one patient's slices.")
     with os.scandir(path) as entries:
         files = [entry.path for entry in entries if entry.is_file()]
     return pair_slices(files, where=str(path), require_masks=require_masks)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -88,19 +89,32 @@ def read_tiff(source: str | os.PathLike) -> np.ndarray:
         DatasetError: the file is missing, truncated or not a TIFF file.
     """
     text = os.fspath(source)
+    # tifffile (2026.3) decodes a page of 4 or more uncompressed strips that are not
+    # stored back to back in a new pool of 2 threads per call. For one 256x256 slice
+    # that costs more than it saves, and data loader workers read files in parallel.
     try:
         if ZIP_SEPARATOR in text:
-            return tifffile.imread(io.BytesIO(_read_bytes(text)))
-        return tifffile.imread(text)
+            array = tifffile.imread(io.BytesIO(_read_bytes(text)), maxworkers=1)
+        else:
+            array = tifffile.imread(text, maxworkers=1)
     except FileNotFoundError:
         raise DatasetError(f"File not found: {text}. Check the path or rediscover the dataset.") from None
     except DatasetError:
         raise
-    except (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError) as error:
+    except (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError, struct.error) as error:
         raise DatasetError(
             f"Cannot read {text} as a TIFF image ({type(error).__name__}: {error}). "
             "The file is truncated or not a TIFF file; replace it with the original from the dataset."
         ) from None
+
+    # A file cut off right after the 8-byte header has no image pages, and tifffile
+    # returns an empty array for it instead of raising.
+    if array.size == 0:
+        raise DatasetError(
+            f"Cannot read {text} as a TIFF image: it contains no image data. "
+            "The file is truncated; replace it with the original from the dataset."
+        )
+    return array
 
 
 def is_zip_source(source: str | os.PathLike) -> bool:
@@ -108,7 +122,7 @@ def is_zip_source(source: str | os.PathLike) -> bool:
 
 
 def parent_name(source: str | os.PathLike) -> str:
-    """Return the name of the folder that holds a slice source."""
+    """Return the name of the folder that contains a slice source."""
     text = os.fspath(source)
     if ZIP_SEPARATOR in text:
         text = text.split(ZIP_SEPARATOR, 1)[1]

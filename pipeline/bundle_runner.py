@@ -102,6 +102,8 @@ def run_config(
 
     values = dict(overrides, bundle_root=str(bundle))
     logging_file = configs / "logging.conf"
+    # The bundle's logging.conf sets the root level to INFO; keep the level the CLI chose (-v for DEBUG).
+    root_level = logging.getLogger().level
     workflow = ConfigWorkflow(
         config_file=[str(f) for f in files],
         meta_file=str(configs / "metadata.json") if (configs / "metadata.json").is_file() else None,
@@ -109,6 +111,7 @@ def run_config(
         workflow_type=workflow_type,
         **values,
     )
+    logging.getLogger().setLevel(root_level)
     try:
         workflow.initialize()
         if save_config_to is not None:

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "pipeline.train",
     "pipeline.evaluate",
     "pipeline.predict",
+    "pipeline.export",
     "pipeline.report",
 )
 

@@ -170,6 +170,7 @@ class LatestCheckpointSaver:
     """
 
     def __init__(self, save_dir: str | os.PathLike, save_dict: dict[str, Any], n_saved: int = 2) -> None:
+        self.save_dir = Path(save_dir)
         self.checkpoint = Checkpoint(
             save_dict,
             DiskSaver(str(save_dir), atomic=True, require_empty=False),
@@ -179,7 +180,18 @@ class LatestCheckpointSaver:
         )
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._adopt_existing)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.checkpoint)
+
+    def _adopt_existing(self, engine: Engine) -> None:
+        # A resumed run takes over the files of the interrupted one, so old checkpoints rotate out.
+        found = []
+        for path in self.save_dir.glob("checkpoint_epoch=*.pt"):
+            epoch = path.stem.split("=", 1)[1]
+            if epoch.isdigit():
+                found.append((int(epoch), path.name))
+        if found:
+            self.checkpoint.load_state_dict({"_saved": sorted(found)})
 
 
 class BestModelSaver:

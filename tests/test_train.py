@@ -156,6 +156,8 @@ def test_killed_run_resumes_at_next_epoch(small_synthetic_data: Path, tmp_path: 
     assert final["trainer"]["iteration"] == 6 * final["trainer"]["epoch_length"]
     assert final["best_metric"]["best_metric"] >= before["best_metric"]["best_metric"]
     assert final["lr_scheduler"]["last_epoch"] == 6
+    kept = sorted(p.name for p in (out / "checkpoints").glob("checkpoint_epoch=*.pt"))
+    assert kept == ["checkpoint_epoch=5.pt", "checkpoint_epoch=6.pt"]
 
 
 @pytest.mark.parametrize(

@@ -98,11 +98,11 @@ def _check_mask(array: np.ndarray, source: str) -> None:
 def _move_slices_last(stack: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Return a ``(slice, C, x, y)`` stack as a C-contiguous ``(C, x, y, slice)`` array of ``dtype``."""
     count = stack.shape[0]
-    volume = np.empty((*stack.shape[1:], count), dtype=dtype)
-    # One 2D transpose, converting as it copies, reads and writes memory in runs that
-    # stay in cache.
-    volume.reshape(-1, count)[...] = stack.reshape(count, -1).T
-    return volume
+    # Transposing in uint8 first lets the conversion write the larger output in memory
+    # order. Converting during the transpose took up to 4 times as long on newly
+    # allocated memory (2-core Xeon virtual machine, 20 real patients).
+    moved = np.ascontiguousarray(stack.reshape(count, -1).T)
+    return moved.reshape(*stack.shape[1:], count).astype(dtype, copy=False)
 
 
 class LoadPatientSlices(Transform):
@@ -151,8 +151,8 @@ class LoadPatientSlices(Transform):
         if not sources:
             raise DatasetError(f"No mask slices (<patient>_<n>_mask.tif) found for patient {patient.patient}.")
 
-        # Slices go to a (slice, channel, x, y) uint8 buffer first, because writing each
-        # slice straight into the slice-last volume touches a new cache line per voxel.
+        # Slices go to a (slice, channel, x, y) uint8 buffer first. Written straight into
+        # the slice-last volume, each slice would scatter with a stride of the slice count.
         stack: np.ndarray | None = None
         first_shape: tuple[int, ...] = ()
         for index, source in enumerate(sources):
@@ -280,8 +280,8 @@ class SaveSliceMasks(Transform):
         numbers = list(meta.get("slice_numbers") or range(1, array.shape[-1] + 1))
         if len(numbers) != array.shape[-1]:
             raise ValueError(f"{len(numbers)} slice numbers for a volume of {array.shape[-1]} slices.")
-        # Compare folders, not files: a prediction that took its metadata from the
-        # image lists only the image files, and the masks beside them are input too.
+        # Compare folders, not files, because a prediction that took its metadata from
+        # the image lists only the image files, and the masks beside them are input too.
         source_folders = {
             os.path.dirname(os.path.realpath(s)) for s in meta.get("source_files") or [] if not is_zip_source(s)
         }

@@ -41,7 +41,7 @@ class StackNeighborSlices(Transform):
             blocks.append(volume.index_select(-1, index))
         stacked = torch.cat([torch.as_tensor(b) for b in blocks], dim=0)
         if isinstance(volume, MetaTensor):
-            stacked = MetaTensor(stacked, affine=volume.affine, meta=dict(volume.meta))
+            stacked = MetaTensor(stacked, meta=dict(volume.meta))
             names = volume.meta.get("channel_names")
             if names:
                 stacked.meta["channel_names"] = [

@@ -216,7 +216,8 @@ def record_run(output_dir: str | os.PathLike, parameters: dict[str, Any], train_
     """Write the run's parameters, package versions and patient split to ``output_dir``.
 
     Writes ``run_info.json`` (parameters, versions, Python, platform, device) and
-    ``datalist.json`` (the training and validation patients of this run).
+    ``datalist.json`` (every patient of this run with its fold, in the layout of
+    :func:`pipeline.datalist.build_datalist`).
     """
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -229,9 +230,14 @@ def record_run(output_dir: str | os.PathLike, parameters: dict[str, Any], train_
         "command": sys.argv,
     }
     atomic_write_text(folder / "run_info.json", json.dumps(info, indent=2, default=str) + "\n")
+    # The same layout as 'python -m pipeline split', so '--datalist RUN/datalist.json --fold K' evaluates
+    # exactly this run's validation patients.
+    entries = sorted((dict(entry) for entry in [*train_files, *val_files]), key=lambda e: e.get("patient", e["image"]))
     split = {
-        "training": [dict(entry, split="training") for entry in train_files],
-        "validation": [dict(entry, split="validation") for entry in val_files],
+        "description": "The patients of this training run; the validation set is the entries of fold 'fold'.",
+        "num_folds": parameters.get("num_folds"),
+        "fold": parameters.get("fold"),
+        "training": entries,
     }
     atomic_write_text(folder / "datalist.json", json.dumps(split, indent=2, default=str) + "\n")
     logger.info("Training %d patients, validating %d; run record in %s", len(train_files), len(val_files), folder)

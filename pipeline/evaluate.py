@@ -64,8 +64,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, modes: Sequence[str] = 
              "which gives distances in mm and volumes in mm3 (default: pixels and voxels)",
     )
     parser.add_argument(
-        "--largest-component", action="store_true",
-        help="keep only the largest 3D connected tumour component of each patient",
+        "--largest-component", action=argparse.BooleanOptionalAction, default=None,
+        help="keep only the largest 3D connected tumour component of each patient "
+             "(default: on, as in the bundle config; --no-largest-component keeps every component)",
     )
     parser.add_argument(
         "--min-component-voxels", type=int, default=0, metavar="N",
@@ -111,7 +112,8 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["ensemble_checkpoints"] = [str(path) for path in checkpoints[1:]]
     if args.spacing is not None:
         overrides["spacing"] = [float(value) for value in args.spacing]
-    overrides["largest_component"] = bool(args.largest_component)
+    if args.largest_component is not None:
+        overrides["largest_component"] = bool(args.largest_component)
     overrides["min_component_voxels"] = int(args.min_component_voxels)
     overrides["flip_tta"] = bool(args.flip_tta)
     if args.device is not None:

@@ -180,7 +180,8 @@ def _epoch_length(run_dir: Path, parameters: dict[str, Any]) -> int | None:
     datalist = run_dir / "datalist.json"
     if not isinstance(batch, int) or batch < 1 or not datalist.is_file():
         return None
-    training = json.loads(datalist.read_text()).get("training", [])
+    content = json.loads(datalist.read_text())
+    training = [entry for entry in content.get("training", []) if entry.get("fold") != content.get("fold")]
     return math.ceil(len(training) / batch) if training else None
 
 

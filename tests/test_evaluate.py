@@ -101,7 +101,7 @@ def test_spacing_gives_mm(small_synthetic_data: Path, checkpoint: Path, tmp_path
 
 def test_postprocessing_options_shrink_prediction(small_synthetic_data: Path, checkpoint: Path, tmp_path: Path) -> None:
     common = ["--data", str(small_synthetic_data), "--checkpoint", str(checkpoint), *SMALL]
-    assert main(["evaluate", *common, "--out", str(tmp_path / "plain")]) == 0
+    assert main(["evaluate", *common, "--out", str(tmp_path / "plain"), "--no-largest-component"]) == 0
     assert main(["evaluate", *common, "--out", str(tmp_path / "largest"), "--largest-component"]) == 0
     assert main(["evaluate", *common, "--out", str(tmp_path / "sized"), "--min-component-voxels", "30"]) == 0
 
@@ -111,6 +111,7 @@ def test_postprocessing_options_shrink_prediction(small_synthetic_data: Path, ch
             assert int(row["pred_volume_voxels"]) <= plain[row["patient"]], (name, row["patient"])
     config = json.loads((tmp_path / "largest" / "config.json").read_text())
     assert config["largest_component"] is True
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["largest_component"] is False
     assert config["flip_tta"] is False
 
 

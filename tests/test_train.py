@@ -103,8 +103,10 @@ def test_bundle_runner_trains_and_logs(small_synthetic_data: Path, tmp_path: Pat
     assert info["parameters"]["epochs"] == 4
     assert info["packages"]["monai"]
     split = json.loads((out / "datalist.json").read_text())
-    patients = [e["patient"] for e in split["training"] + split["validation"]]
-    assert len(patients) == 5 and len(set(patients)) == 5
+    patients = [e["patient"] for e in split["training"]]
+    assert len(set(patients)) == 5
+    assert split["fold"] == 0
+    assert len([e for e in split["training"] if e["fold"] == 0]) == 1  # 5 patients in 5 folds
 
 
 @pytest.mark.parametrize(

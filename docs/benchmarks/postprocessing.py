@@ -42,14 +42,16 @@ BASELINE = "none"
 
 def build_variants(min_voxels: list[int], ensemble: list[str]) -> dict[str, dict[str, Any]]:
     """Return the option sets to evaluate, by table label. The first one is the baseline."""
-    variants: dict[str, dict[str, Any]] = {BASELINE: {}}
+    # Every variant sets largest_component itself, because the configs turn it on by default.
+    variants: dict[str, dict[str, Any]] = {BASELINE: {"largest_component": False}}
     variants["largest component"] = {"largest_component": True}
     for size in min_voxels:
-        variants[f"components >= {size} voxels"] = {"min_component_voxels": size}
-    variants["flip TTA"] = {"flip_tta": True}
+        variants[f"components >= {size} voxels"] = {"min_component_voxels": size, "largest_component": False}
+    variants["flip TTA"] = {"flip_tta": True, "largest_component": False}
     variants["flip TTA + largest component"] = {"flip_tta": True, "largest_component": True}
     if ensemble:
-        variants[f"ensemble of {len(ensemble) + 1} checkpoints"] = {"ensemble_checkpoints": ensemble}
+        variants[f"ensemble of {len(ensemble) + 1} checkpoints"] = {
+            "ensemble_checkpoints": ensemble, "largest_component": False}
     return variants
 
 

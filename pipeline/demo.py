@@ -188,4 +188,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"TensorBoard: tensorboard --logdir {outputs['run'] / 'tensorboard'}")
     print(f"Model: {outputs['checkpoint']} (bundle configs: {default_bundle_dir() / 'configs'})")
     print(f"Evaluation: {outputs['evaluation']}  Predictions: {outputs['predictions']}")
+    print(f"Report again: python -m pipeline report {outputs['run']} --eval {outputs['evaluation']} "
+          f"--predictions {outputs['predictions']} --out {Path(outputs['report']).parent}")
     return 0

@@ -430,6 +430,15 @@ def write_report(
     run_path = Path(run_dir)
     if not run_path.is_dir():
         raise UserError(f"Run folder not found: {run_path}. Give the --out folder of 'python -m pipeline train'.")
+    if not (run_path / "tensorboard").is_dir():
+        hint = ""
+        if (run_path / "run" / "tensorboard").is_dir():
+            hint = (f" For a demo folder, run: python -m pipeline report {run_path / 'run'} "
+                    f"--eval {run_path / 'evaluation'} --predictions {run_path / 'predictions'}")
+        raise UserError(
+            f"No TensorBoard logs in {run_path / 'tensorboard'}: {run_path} is not a training run folder. "
+            f"Give the --out folder of 'python -m pipeline train'.{hint}"
+        )
     folder = Path(out) if out is not None else run_path / "report"
     report = _load_report(
         run_path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections import Counter
 
 from pipeline.cli import UserError
@@ -27,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.folds < 2:
         raise UserError(f"Invalid --folds {args.folds}: use 2 or more.")
+    if args.out.endswith(("/", os.sep)) or os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a folder; give the datalist file to write, for example {args.out.rstrip('/')}/datalist.json.")
     datalist = build_datalist(args.data, num_folds=args.folds, seed=args.seed)
     path = write_datalist(datalist, args.out)
     sizes = Counter(entry["fold"] for entry in datalist["training"])

@@ -16,8 +16,10 @@ REAL_DATA_VARIABLE = "LGG_DATA_DIR"
 def real_data_dir() -> Path:
     """The real kaggle_3m folder named by LGG_DATA_DIR; tests that use it skip when it is absent."""
     value = os.environ.get(REAL_DATA_VARIABLE, "")
-    if not value or not Path(value).is_dir():
+    if not value:
         pytest.skip(f"real LGG data not available: set {REAL_DATA_VARIABLE} to a kaggle_3m folder")
+    if not Path(value).is_dir():
+        pytest.skip(f"real LGG data not available: {REAL_DATA_VARIABLE}={value} is not a folder")
     return Path(value)
 
 

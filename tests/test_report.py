@@ -98,13 +98,20 @@ def test_report_defaults_to_run_folder(finished_run: dict[str, Path], tmp_path: 
     assert "Per-patient metrics" not in (run_copy / "report" / INDEX_FILE).read_text()
 
 
-def test_report_without_logs_still_draws(tmp_path: Path) -> None:
+def test_report_rejects_folder_without_logs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run_dir = tmp_path / "empty_run"
     run_dir.mkdir()
-    assert main(["report", str(run_dir)]) == 0
-    pixels = imread(run_dir / "report" / LEARNING_CURVES_FILE)
-    assert pixels.shape[:2] == tuple(reversed(FIGURE_SIZES[LEARNING_CURVES_FILE]))
-    assert np.isfinite(pixels).all()
+    assert main(["report", str(run_dir)]) == 2
+    assert "No TensorBoard logs" in capsys.readouterr().err
+    assert not (run_dir / "report").exists()
+
+
+def test_report_points_demo_folder_to_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    demo = tmp_path / "demo_run"
+    (demo / "run" / "tensorboard").mkdir(parents=True)
+    assert main(["report", str(demo)]) == 2
+    message = capsys.readouterr().err
+    assert f"python -m pipeline report {demo / 'run'} --eval {demo / 'evaluation'}" in message
 
 
 @pytest.mark.parametrize("option", ["--eval", "--predictions"])

@@ -224,3 +224,20 @@ def test_disk_cache_writes_persistent_files(small_synthetic_data: Path, tmp_path
                      "--set", "cache=disk", *SMALL_2D)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((out / "cache").glob("*.pt"))) == 5  # one cached item per patient, training and validation
+
+
+def test_split_rejects_folder_as_output(small_synthetic_data: Path, tmp_path: Path) -> None:
+    result = run_cli("split", "--data", str(small_synthetic_data), "--out", f"{tmp_path}/")
+    assert result.returncode == 2
+    assert "is a folder" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_split_folds_cover_each_patient_once(small_synthetic_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "datalist.json"
+    result = run_cli("split", "--data", str(small_synthetic_data), "--folds", "2", "--seed", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    entries = json.loads(out.read_text())["training"]
+    assert sorted(e["patient"] for e in entries) == sorted(p.name for p in small_synthetic_data.iterdir() if p.is_dir())
+    sizes = sorted(sum(1 for e in entries if e["fold"] == fold) for fold in (0, 1))
+    assert sizes == [2, 3]

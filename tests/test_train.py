@@ -92,7 +92,8 @@ def test_bundle_runner_trains_and_logs(small_synthetic_data: Path, tmp_path: Pat
 
     best = out / "checkpoints" / "model.pt"
     latest = out / "checkpoints" / "checkpoint_epoch=4.pt"
-    assert best.is_file() and latest.is_file()
+    assert best.is_file()
+    assert latest.is_file()
     load_network(out)
     state = torch.load(latest, map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] == 4 * state["trainer"]["epoch_length"]
@@ -145,9 +146,9 @@ def test_killed_run_resumes_at_next_epoch(small_synthetic_data: Path, tmp_path: 
     assert latest < 6
     before = torch.load(out / "checkpoints" / f"checkpoint_epoch={latest}.pt", weights_only=True)
 
-    refused = run_cli("train", "--data", str(small_synthetic_data), "--out", str(out), "--epochs", "6", *SMALL_2D)
-    assert refused.returncode == 2
-    assert "--resume" in refused.stderr
+    rejected = run_cli("train", "--data", str(small_synthetic_data), "--out", str(out), "--epochs", "6", *SMALL_2D)
+    assert rejected.returncode == 2
+    assert "--resume" in rejected.stderr
 
     resumed = run_cli("train", "--data", str(small_synthetic_data), "--out", str(out), "--epochs", "6",
                       "--resume", "--set", "val_interval=1", "--set", "samples_per_patient=16", *SMALL_2D)
@@ -158,8 +159,8 @@ def test_killed_run_resumes_at_next_epoch(small_synthetic_data: Path, tmp_path: 
     assert final["trainer"]["iteration"] == 6 * final["trainer"]["epoch_length"]
     assert final["best_metric"]["best_metric"] >= before["best_metric"]["best_metric"]
     assert final["lr_scheduler"]["last_epoch"] == 6
-    kept = sorted(p.name for p in (out / "checkpoints").glob("checkpoint_epoch=*.pt"))
-    assert kept == ["checkpoint_epoch=5.pt", "checkpoint_epoch=6.pt"]
+    remaining = sorted(p.name for p in (out / "checkpoints").glob("checkpoint_epoch=*.pt"))
+    assert remaining == ["checkpoint_epoch=5.pt", "checkpoint_epoch=6.pt"]
 
 
 @pytest.mark.parametrize(

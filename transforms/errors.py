@@ -8,6 +8,6 @@ __all__ = ["DatasetError"]
 class DatasetError(ValueError):
     """Invalid or missing input data.
 
-    The message names the offending file or folder, says what is wrong with it and
-    what to do about it, so command-line tools print it without a traceback.
+    The message names the offending file or folder, states what is wrong with it
+    and how to fix it, so command-line tools print it without a traceback.
     """

@@ -142,7 +142,9 @@ class LoadPatientSlices(Transform):
             raise ValueError(f"spacing must be three positive numbers (x, y, slice) in mm, got {spacing!r}.")
         self.kind = kind
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
-        self.dtype = np.dtype(dtype if dtype is not None else (np.float32 if kind == "image" else np.uint8))
+        if dtype is None:
+            dtype = np.float32 if kind == "image" else np.uint8
+        self.dtype = np.dtype(dtype)
         self.slice_meta = slice_meta
 
     def __call__(self, slices: Any) -> MetaTensor:

@@ -311,8 +311,9 @@ def _draw_patient_dice(rows: Sequence[dict[str, str]]) -> Figure:
     positions = np.arange(len(names))
     axes.bar(positions, scores, color="C0")
     mean, median = float(np.nanmean(scores)), float(np.nanmedian(scores))
-    axes.axhline(mean, color="C3", linestyle="-", label=f"mean {mean:.3f}")
-    axes.axhline(median, color="C1", linestyle="--", label=f"median {median:.3f}")
+    # The wide mean line stays visible under the dashed median line when the two values are close.
+    axes.axhline(mean, color="C3", linestyle="-", linewidth=4, alpha=0.6, label=f"mean {mean:.3f}")
+    axes.axhline(median, color="C1", linestyle="--", linewidth=1.5, label=f"median {median:.3f}")
     font_size = 8 if len(names) <= 30 else max(3, int(240 / len(names)))
     axes.set_xticks(positions, names, rotation=90, fontsize=font_size)
     axes.set_xlim(-0.6, len(names) - 0.4)

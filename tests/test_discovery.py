@@ -483,3 +483,13 @@ def test_real_data_checksum_list_found_once(real_data_dir: Path) -> None:
     assert len(listed) == len(set(listed))
     assert [path for path in listed if counts[path] != 1] == []
     assert sorted(counts) == sorted(listed)
+
+
+def test_other_patient_slice_with_same_number(dataset: Path) -> None:
+    # Slice 1 of patient A clashes by number with slice 1 of patient B; the patient ids are the real problem.
+    shutil.copy(dataset / PATIENT_A / f"{PATIENT_A}_1.tif", dataset / PATIENT_B / f"{PATIENT_A}_1.tif")
+
+    message = discovery_error(dataset)
+
+    assert f"mixes slices of several patients: {PATIENT_A}, {PATIENT_B}" in message
+    assert "Duplicate slice number" not in message

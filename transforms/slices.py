@@ -82,6 +82,11 @@ def pair_slices(
                 "<patient>_<n>_mask.tif with a whole number n. Rename or remove the file."
             )
         patients.add(parsed.patient)
+        if len(patients) > 1:
+            raise DatasetError(
+                f"{where} mixes slices of several patients: {', '.join(sorted(patients))} ({text!r}). "
+                "Keep one patient per folder."
+            )
         target = masks if parsed.is_mask else images
         if parsed.number in target:
             raise DatasetError(

@@ -33,3 +33,15 @@ def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic kaggle_3m folder for training tests: 5 patients, 12 to 16 slices of 64x64."""
     return generate_dataset(tmp_path_factory.mktemp("small_synthetic"), patients=5, seed=1, slices=(12, 16), size=64)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(small_synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The best model of a 2-epoch training run on the small synthetic dataset, shared by the test files."""
+    from pipeline.cli import main
+
+    run_dir = tmp_path_factory.mktemp("shared_run") / "run"
+    overrides = ["--set", "roi_size=[64,64]", "--set", "patch_size=[64,64,1]", "--set", "num_workers=0",
+                 "--set", "val_interval=1"]
+    assert main(["train", "--data", str(small_synthetic_data), "--out", str(run_dir), "--epochs", "2", *overrides]) == 0
+    return run_dir / "checkpoints" / "model.pt"

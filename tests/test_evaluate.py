@@ -19,17 +19,7 @@ from pipeline.ensemble import EnsembleNetwork, build_inference_network
 
 # Overrides that train a network in seconds on 64x64 synthetic slices, and evaluate it on whole slices.
 SMALL = ["--set", "roi_size=[64,64]"]
-TRAIN_SMALL = [*SMALL, "--set", "patch_size=[64,64,1]", "--set", "num_workers=0", "--set", "val_interval=1"]
 SUMMARY_METRICS = ("dice", "iou", "hd95_px", "slice_sensitivity", "slice_specificity")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(small_synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The best model of a 2-epoch training run on the small synthetic dataset."""
-    run_dir = tmp_path_factory.mktemp("evaluate_run") / "run"
-    code = main(["train", "--data", str(small_synthetic_data), "--out", str(run_dir), "--epochs", "2", *TRAIN_SMALL])
-    assert code == 0
-    return run_dir / "checkpoints" / "model.pt"
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

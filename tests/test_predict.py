@@ -23,17 +23,7 @@ from pipeline.cli import main
 REPO = Path(__file__).resolve().parent.parent
 INFERENCE_CONFIG = REPO / "bundles" / "lgg_mri_segmentation" / "configs" / "inference.json"
 SMALL = ["--set", "roi_size=[64,64]"]
-TRAIN_SMALL = [*SMALL, "--set", "patch_size=[64,64,1]", "--set", "num_workers=0", "--set", "val_interval=1"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(small_synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The best model of a 2-epoch training run on the small synthetic dataset."""
-    run_dir = tmp_path_factory.mktemp("predict_run") / "run"
-    code = main(["train", "--data", str(small_synthetic_data), "--out", str(run_dir), "--epochs", "2", *TRAIN_SMALL])
-    assert code == 0
-    return run_dir / "checkpoints" / "model.pt"
 
 
 @pytest.fixture(scope="module")

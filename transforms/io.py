@@ -198,8 +198,8 @@ class LoadPatientSlicesd(MapTransform):
     """Dictionary version of :class:`LoadPatientSlices`.
 
     Each key contains a patient folder or a list of slice files. By default ``image``
-    is loaded as the 3-channel image and ``label`` as the 1-channel mask; the two
-    volumes are checked to have the same spatial shape.
+    is loaded as the 3-channel image and ``label`` as the 1-channel mask. The two
+    volumes must have the same spatial shape.
 
     Args:
         keys: keys to load.

@@ -151,5 +151,5 @@ def list_patient_folder(folder: str | os.PathLike, require_masks: bool = True) -
 
 
 def _format_numbers(numbers: Sequence[int], limit: int = 10) -> str:
-    shown = ", ".join(str(n) for n in numbers[:limit])
-    return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
+    listed = ", ".join(str(n) for n in numbers[:limit])
+    return listed + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")

@@ -10,7 +10,7 @@ Options measured: ``largest_component``, ``min_component_voxels`` (each size of
 ensemble of the model with the ``--ensemble`` checkpoints when given.
 
 The model is the bundle's ``models/model.pt`` unless ``--checkpoint`` names another.
-Patients the model was trained on give optimistic numbers; pass the datalist and fold
+Patients the model was trained on give optimistic numbers. Pass the datalist and fold
 of its training run (``--datalist``, ``--fold``) to measure on held-out patients only.
 
 Usage::
